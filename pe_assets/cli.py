@@ -1,0 +1,146 @@
+"""The synchronous path for scripts and the README.
+
+`run` executes sample_job and then process_job in this process, against the same Dagster
+instance as `dagster dev` (DAGSTER_HOME), so the runs and partitions show up in the UI.
+"""
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from pe_assets.errors import PeAnalyzerError
+
+logger = logging.getLogger("pe_assets")
+
+EXIT_OK = 0
+EXIT_RUN_FAILED = 1
+EXIT_USAGE = 2
+
+DEFAULT_DAGSTER_HOME = Path("dagster_home")
+
+
+def _instance():
+    from dagster import DagsterInstance
+
+    home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return DagsterInstance.get()
+
+
+def _quiet_run_config() -> dict:
+    return {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def _run(args: argparse.Namespace) -> int:
+    from dagster import RunConfig
+
+    from pe_assets.assets import MANIFEST_SHARDS_KEY, FileManifestConfig
+    from pe_assets.config import load_settings
+    from pe_assets.definitions import defs
+    from pe_assets.partitions import partition_range_tags, s3_prefix_partitions
+    from pe_assets.sensors import PROCESSED_INLINE_TAG
+    from pe_assets.summary import RunSummary
+
+    settings = load_settings()
+    instance = _instance()
+    started = time.perf_counter()
+    logger.info("source %s, database %s", settings.source_url, _safe_url(settings.database_url))
+
+    config = FileManifestConfig(n=args.n, paths_file=args.paths_file)
+    sample = defs.resolve_job_def("sample_job").execute_in_process(
+        run_config=RunConfig({"file_manifest": config}, loggers=_quiet_run_config()["loggers"]),
+        instance=instance,
+        tags={PROCESSED_INLINE_TAG: "true"},
+        raise_on_error=False,
+    )
+    if not sample.success:
+        return _report_failure(sample, "sample_job")
+    manifest = sample.asset_materializations_for_node("file_manifest")[0].metadata
+    summary = RunSummary.from_manifest(manifest)
+    logger.info(
+        "selected %d files (%d clean, %d malicious), %d skipped as already processed",
+        summary.selected, summary.selected_clean, summary.selected_malicious,
+        summary.skipped_done,
+    )
+    if summary.note:
+        logger.warning(summary.note)
+
+    shards = set(manifest[MANIFEST_SHARDS_KEY].value)
+    keys = instance.get_dynamic_partitions(s3_prefix_partitions.name)
+    tags = partition_range_tags(keys, shards)
+    if tags:
+        logger.info("processing %d shards with Spark (%s)", len(shards), settings.spark_master)
+        process = defs.resolve_job_def("process_job").execute_in_process(
+            run_config=_quiet_run_config(), instance=instance, tags=tags, raise_on_error=False
+        )
+        if not process.success:
+            return _report_failure(process, "process_job")
+        summary.add_results(settings, process.run_id)
+    summary.seconds = time.perf_counter() - started
+    print(summary.render())
+    return EXIT_OK
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _report_failure(result, job_name: str) -> int:
+    for event in result.all_events:
+        if event.is_failure and event.step_failure_data is not None:
+            error = event.step_failure_data.error
+            cause = error.cause or error
+            message = cause.message.strip().splitlines()[-1] if cause.message else str(cause)
+            print(f"error: {job_name} failed in {event.step_key}: {message}", file=sys.stderr)
+            return EXIT_RUN_FAILED
+    print(f"error: {job_name} failed (run {result.run_id})", file=sys.stderr)
+    return EXIT_RUN_FAILED
+
+
+def _make_samples(args: argparse.Namespace) -> int:
+    from pe_assets.samples import write_sample_folder
+
+    clean = args.n - args.n // 2
+    summary = write_sample_folder(
+        Path(args.folder), n_clean=clean, n_malicious=args.n - clean, seed=args.seed
+    )
+    print(f"wrote {summary} to {Path(args.folder).resolve()}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pe_assets", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="sample files and process them, in this process")
+    choice = run.add_mutually_exclusive_group(required=True)
+    choice.add_argument("--n", type=int, help="files to take: n/2 malicious, the rest clean")
+    choice.add_argument("--paths-file", help="text file (path or s3:// URL) of keys to process")
+    run.set_defaults(handler=_run)
+
+    samples = commands.add_parser("make-samples", help="write a local folder of synthetic PEs")
+    samples.add_argument("folder", nargs="?", default="samples")
+    samples.add_argument("--n", type=int, default=200, help="files to write (half per label)")
+    samples.add_argument("--seed", type=int, default=0)
+    samples.set_defaults(handler=_make_samples)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    if getattr(args, "n", None) is not None and args.n < 0:
+        print("error: --n must not be negative", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return args.handler(args)
+    except PeAnalyzerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
