@@ -31,34 +31,34 @@ def _instance():
     return DagsterInstance.get()
 
 
-def _quiet_run_config() -> dict:
-    return {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# Dagster's own event log goes to the instance; the console shows our phase lines only.
+_QUIET_LOGGERS = {"console": {"config": {"log_level": "WARNING"}}}
 
 
-def _run(args: argparse.Namespace) -> int:
+def run_pipeline(defs, instance, *, n: int | None = None, paths_file: str | None = None):
+    """sample_job then process_job over the sampled shards, in this process.
+
+    Returns (summary, error): error is one readable line when a job failed, else None.
+    """
     from dagster import RunConfig
 
     from pe_assets.assets import MANIFEST_SHARDS_KEY, FileManifestConfig
     from pe_assets.config import load_settings
-    from pe_assets.definitions import defs
     from pe_assets.partitions import partition_range_tags, s3_prefix_partitions
     from pe_assets.sensors import PROCESSED_INLINE_TAG
     from pe_assets.summary import RunSummary
 
     settings = load_settings()
-    instance = _instance()
     started = time.perf_counter()
-    logger.info("source %s, database %s", settings.source_url, _safe_url(settings.database_url))
-
-    config = FileManifestConfig(n=args.n, paths_file=args.paths_file)
+    config = FileManifestConfig(n=n, paths_file=paths_file)
     sample = defs.resolve_job_def("sample_job").execute_in_process(
-        run_config=RunConfig({"file_manifest": config}, loggers=_quiet_run_config()["loggers"]),
+        run_config=RunConfig({"file_manifest": config}, loggers=_QUIET_LOGGERS),
         instance=instance,
         tags={PROCESSED_INLINE_TAG: "true"},
         raise_on_error=False,
     )
     if not sample.success:
-        return _report_failure(sample, "sample_job")
+        return None, _failure_line(sample, "sample_job")
     manifest = sample.asset_materializations_for_node("file_manifest")[0].metadata
     summary = RunSummary.from_manifest(manifest)
     logger.info(
@@ -75,12 +75,26 @@ def _run(args: argparse.Namespace) -> int:
     if tags:
         logger.info("processing %d shards with Spark (%s)", len(shards), settings.spark_master)
         process = defs.resolve_job_def("process_job").execute_in_process(
-            run_config=_quiet_run_config(), instance=instance, tags=tags, raise_on_error=False
+            run_config={"loggers": _QUIET_LOGGERS}, instance=instance, tags=tags,
+            raise_on_error=False,
         )
         if not process.success:
-            return _report_failure(process, "process_job")
+            return summary, _failure_line(process, "process_job")
         summary.add_results(settings, process.run_id)
     summary.seconds = time.perf_counter() - started
+    return summary, None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pe_assets.config import load_settings
+    from pe_assets.definitions import defs
+
+    settings = load_settings()
+    logger.info("source %s, database %s", settings.source_url, _safe_url(settings.database_url))
+    summary, error = run_pipeline(defs, _instance(), n=args.n, paths_file=args.paths_file)
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_RUN_FAILED
     print(summary.render())
     return EXIT_OK
 
@@ -91,16 +105,14 @@ def _safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def _report_failure(result, job_name: str) -> int:
+def _failure_line(result, job_name: str) -> str:
     for event in result.all_events:
         if event.is_failure and event.step_failure_data is not None:
             error = event.step_failure_data.error
             cause = error.cause or error
             message = cause.message.strip().splitlines()[-1] if cause.message else str(cause)
-            print(f"error: {job_name} failed in {event.step_key}: {message}", file=sys.stderr)
-            return EXIT_RUN_FAILED
-    print(f"error: {job_name} failed (run {result.run_id})", file=sys.stderr)
-    return EXIT_RUN_FAILED
+            return f"{job_name} failed in {event.step_key}: {message}"
+    return f"{job_name} failed (run {result.run_id})"
 
 
 def _make_samples(args: argparse.Namespace) -> int:

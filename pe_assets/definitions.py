@@ -14,15 +14,20 @@ from pe_assets.resources import (
 )
 from pe_assets.sensors import file_manifest_sensor, new_s3_objects_sensor
 
-defs = Definitions(
-    assets=[file_manifest, pe_metadata, pe_metadata_table],
-    jobs=[sample_job, process_job],
-    sensors=[file_manifest_sensor, new_s3_objects_sensor],
-    resources={
-        "pe_config": PeConfig(),
-        "pyspark": spark_resource(),
-        "parquet_io_manager": SparkParquetIOManager(
-            base_dir=os.environ.get("PE_WAREHOUSE_DIR") or str(DEFAULT_WAREHOUSE_DIR)
-        ),
-    },
-)
+
+def build_definitions(warehouse_dir: str | None = None) -> Definitions:
+    """Definitions whose settings come from PE_* variables at run time."""
+    warehouse = warehouse_dir or os.environ.get("PE_WAREHOUSE_DIR") or str(DEFAULT_WAREHOUSE_DIR)
+    return Definitions(
+        assets=[file_manifest, pe_metadata, pe_metadata_table],
+        jobs=[sample_job, process_job],
+        sensors=[file_manifest_sensor, new_s3_objects_sensor],
+        resources={
+            "pe_config": PeConfig(),
+            "pyspark": spark_resource(),
+            "parquet_io_manager": SparkParquetIOManager(base_dir=warehouse),
+        },
+    )
+
+
+defs = build_definitions()
