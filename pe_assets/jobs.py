@@ -2,8 +2,6 @@
 
 from dagster import AssetSelection, define_asset_job, in_process_executor
 
-from pe_assets.partitions import s3_prefix_partitions
-
 sample_job = define_asset_job(
     "sample_job",
     selection=AssetSelection.assets("file_manifest"),
@@ -14,7 +12,6 @@ sample_job = define_asset_job(
 process_job = define_asset_job(
     "process_job",
     selection=AssetSelection.assets("pe_metadata", "pe_metadata_table"),
-    partitions_def=s3_prefix_partitions,
     executor_def=in_process_executor,
     description="Download, parse and store the pending files of a range of shards.",
 )

@@ -48,8 +48,15 @@ class PeSparkResource(PySparkResource):
 def spark_resource() -> PeSparkResource:
     """A Spark session for PE_SPARK_MASTER; local[*] by default."""
     master = os.environ.get("PE_SPARK_MASTER", "").strip() or "local[*]"
+    # A local session talks only to itself: keep it on loopback rather than the first NIC.
+    loopback = (
+        {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"}
+        if master.startswith("local")
+        else {}
+    )
     return PeSparkResource(
         spark_config={
+            **loopback,
             "spark.master": master,
             "spark.app.name": "pe-analyzer",
             # Rows are produced by Python workers; the JVM only moves them to Parquet.

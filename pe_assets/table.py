@@ -103,7 +103,11 @@ def create_db_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return sa.create_engine(url, pool_pre_ping=True)
+    parsed = sa.engine.make_url(url)
+    if parsed.drivername == "postgresql":
+        # SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3; bulk writes use psycopg2's COPY.
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    return sa.create_engine(parsed, pool_pre_ping=True)
 
 
 def migrate(engine: Engine) -> None:
