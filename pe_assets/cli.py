@@ -87,9 +87,10 @@ def run_pipeline(defs, instance, *, n: int | None = None, paths_file: str | None
 
 def _run(args: argparse.Namespace) -> int:
     from pe_assets.config import load_settings
+
+    settings = load_settings()  # before importing Dagster: a bad setting is one line, no warnings
     from pe_assets.definitions import defs
 
-    settings = load_settings()
     logger.info("source %s, database %s", settings.source_url, _safe_url(settings.database_url))
     summary, error = run_pipeline(defs, _instance(), n=args.n, paths_file=args.paths_file)
     if error:
@@ -110,9 +111,18 @@ def _failure_line(result, job_name: str) -> str:
         if event.is_failure and event.step_failure_data is not None:
             error = event.step_failure_data.error
             cause = error.cause or error
-            message = cause.message.strip().splitlines()[-1] if cause.message else str(cause)
-            return f"{job_name} failed in {event.step_key}: {message}"
+            return f"{job_name} failed in {event.step_key}: {_error_text(cause)}"
     return f"{job_name} failed (run {result.run_id})"
+
+
+def _error_text(error) -> str:
+    """The error's last message line: our own errors bare, others as `Class: message`."""
+    lines = (error.message or "").strip().splitlines()
+    text = lines[-1] if lines else error.cls_name
+    prefix, separator, rest = text.partition(": ")
+    if separator and prefix.rsplit(".", 1)[-1] == error.cls_name:
+        return rest if prefix.startswith("pe_assets.") else f"{error.cls_name}: {rest}"
+    return text
 
 
 def _make_samples(args: argparse.Namespace) -> int:
