@@ -2,7 +2,6 @@
 
 import hashlib
 
-import pytest
 from dagster import build_sensor_context
 
 from pe_assets.cli import run_pipeline
@@ -167,7 +166,9 @@ def test_new_objects_sensor_processes_only_what_arrives(pipeline):
     added = [key for req in second.dynamic_partitions_requests for key in req.partition_keys]
     assert sorted(added) == ["0/aa", "1/bb"]
     for request in second.dynamic_partitions_requests:
-        pipeline.instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+        pipeline.instance.add_dynamic_partitions(
+            request.partitions_def_name, request.partition_keys
+        )
     process = pipeline.defs.resolve_job_def("process_job").execute_in_process(
         instance=pipeline.instance, tags=second.run_requests[0].tags
     )
