@@ -136,6 +136,16 @@ def _make_samples(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _export(args: argparse.Namespace) -> int:
+    from pe_assets.config import load_settings
+    from pe_assets.export import default_export_dir, export_with_own_session
+
+    settings = load_settings()
+    out_dir = Path(args.out) if args.out else default_export_dir()
+    print(export_with_own_session(settings, out_dir).render())
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pe_assets", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -151,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     samples.add_argument("--n", type=int, default=200, help="files to write (half per label)")
     samples.add_argument("--seed", type=int, default=0)
     samples.set_defaults(handler=_make_samples)
+
+    export = commands.add_parser(
+        "export", help="write pe_metadata as Parquet by label and JSON Lines by sha256"
+    )
+    export.add_argument("--out", help="output folder (default: $PE_EXPORT_DIR or data/export)")
+    export.set_defaults(handler=_export)
     return parser
 
 

@@ -25,7 +25,8 @@ from pe_assets.table import create_db_engine, metadata_obj, migrate
 ADMIN_URL = os.environ.get(
     "PE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-TEST_DATABASE = "pe_analyzer_test"
+# Several checkouts testing against one server at once each need a database of their own.
+TEST_DATABASE = os.environ.get("PE_TEST_DATABASE", "pe_analyzer_test")
 AWS_TEST_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
