@@ -92,6 +92,24 @@ def check_database_url(url: str) -> str:
     return url
 
 
+def is_local_master(master: str) -> bool:
+    """local, local[N] and local-cluster[...] keep every executor on this machine."""
+    return master.strip().startswith("local")
+
+
+def check_cluster_database(database_url: str, spark_master: str) -> None:
+    """Refuse SQLite with a cluster master: executors on other machines cannot reach the file."""
+    from sqlalchemy.engine import make_url
+
+    if is_local_master(spark_master) or make_url(database_url).get_backend_name() != "sqlite":
+        return
+    raise ConfigError(
+        f"PE_DATABASE_URL is SQLite (set or by default), which the executors of "
+        f"PE_SPARK_MASTER={spark_master} cannot write to; use a postgresql:// database "
+        "every worker can reach"
+    )
+
+
 def load_dotenv_once(path: Path = Path(".env")) -> None:
     """Read `.env` without overriding variables that are already set."""
     if path.is_file():
@@ -110,10 +128,14 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     clean = _prefix("PE_CLEAN_PREFIX", get("PE_CLEAN_PREFIX") or "0/")
     malicious = _prefix("PE_MALICIOUS_PREFIX", get("PE_MALICIOUS_PREFIX") or "1/")
     if clean.startswith(malicious) or malicious.startswith(clean):
-        raise ConfigError(f"PE_CLEAN_PREFIX={clean!r} and PE_MALICIOUS_PREFIX={malicious!r} overlap")
+        raise ConfigError(
+            f"PE_CLEAN_PREFIX={clean!r} and PE_MALICIOUS_PREFIX={malicious!r} overlap"
+        )
     endpoint = (get("PE_S3_ENDPOINT_URL") or "").strip() or None
     if endpoint and urlparse(endpoint).scheme not in ("http", "https"):
         raise ConfigError(f"PE_S3_ENDPOINT_URL={endpoint!r} is not an http(s) URL")
+    spark_master = (get("PE_SPARK_MASTER") or "local[*]").strip()
+    check_cluster_database(check_database_url(database_url), spark_master)
     return Settings(
         source_url=normalize_source_url(source),
         clean_prefix=clean,
@@ -121,6 +143,6 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         s3_endpoint_url=endpoint,
         s3_anonymous=_flag("PE_S3_ANONYMOUS", get("PE_S3_ANONYMOUS")),
         s3_region=get("AWS_REGION") or get("AWS_DEFAULT_REGION") or None,
-        database_url=check_database_url(database_url),
-        spark_master=(get("PE_SPARK_MASTER") or "local[*]").strip(),
+        database_url=database_url,
+        spark_master=spark_master,
     )
