@@ -6,6 +6,7 @@ from functools import partial
 
 from dagster import (
     AssetExecutionContext,
+    AssetKey,
     BackfillPolicy,
     Config,
     MaterializeResult,
@@ -146,6 +147,17 @@ def pe_metadata(
     )
 
 
+def _parse_started_at(context: AssetExecutionContext) -> float:
+    """When this run's pe_metadata step began: files/s counts download, parse and write."""
+    event = context.instance.get_latest_materialization_event(AssetKey("pe_metadata"))
+    if event is not None and event.run_id == context.run_id:
+        entry = event.asset_materialization.metadata.get("started_at")
+        if entry is not None:
+            return float(entry.value)
+    run = context.instance.get_run_record_by_id(context.run_id)
+    return run.start_time if run and run.start_time else time.time()
+
+
 def _group_counts(frame, column: str) -> dict[str, int]:
     return {str(row[column]): row["count"] for row in frame.groupBy(column).count().collect()}
 
@@ -166,9 +178,7 @@ def pe_metadata_table(
     written = sum(w for _, w in stats)
     write_seconds = time.perf_counter() - started
 
-    run = context.instance.get_run_record_by_id(context.run_id)
-    run_started = run.start_time if run and run.start_time else None
-    elapsed = time.time() - run_started if run_started else write_seconds
+    elapsed = time.time() - _parse_started_at(context)
     by_status = _group_counts(pe_metadata, "status")
     metadata = {
         "rows_seen": seen,
@@ -180,6 +190,7 @@ def pe_metadata_table(
             _group_counts(pe_metadata, "architecture"), "architecture"
         ),
         "failed": seen - by_status.get("ok", 0),
+        # Totals of the whole run: one run covers every shard in its range.
         "files_per_second": round(seen / elapsed, 1) if elapsed > 0 else 0.0,
         "write_rows_per_second": round(written / write_seconds, 1) if write_seconds > 0 else 0.0,
     }
