@@ -82,10 +82,10 @@ def file_manifest(
     started = time.perf_counter()
     try:
         if config.n is not None:
-            summary = sample_new_files(engine, source, settings, config.n, context.run_id)
+            summary = sample_new_files(engine, source, settings, config.n, context.run.run_id)
         else:
             lines = read_text(config.paths_file, settings).splitlines()
-            summary = claim_listed_paths(engine, source, settings, lines, context.run_id)
+            summary = claim_listed_paths(engine, source, settings, lines, context.run.run_id)
     finally:
         source.close()
         engine.dispose()
@@ -131,7 +131,7 @@ def pe_metadata(
         total, len(pending), len(context.partition_keys), len(tasks),
     )
     if tasks:
-        body = partial(process_tasks, settings.as_dict(), context.run_id)
+        body = partial(process_tasks, settings.as_dict(), context.run.run_id)
         rdd = spark.sparkContext.parallelize(tasks, len(tasks)).mapPartitions(body)
         frame = spark.createDataFrame(rdd, RESULT_SCHEMA)
     else:
@@ -150,11 +150,11 @@ def pe_metadata(
 def _parse_started_at(context: AssetExecutionContext) -> float:
     """When this run's pe_metadata step began: files/s counts download, parse and write."""
     event = context.instance.get_latest_materialization_event(AssetKey("pe_metadata"))
-    if event is not None and event.run_id == context.run_id:
+    if event is not None and event.run_id == context.run.run_id:
         entry = event.asset_materialization.metadata.get("started_at")
         if entry is not None:
             return float(entry.value)
-    run = context.instance.get_run_record_by_id(context.run_id)
+    run = context.instance.get_run_record_by_id(context.run.run_id)
     return run.start_time if run and run.start_time else time.time()
 
 

@@ -298,7 +298,7 @@ def assert_location_lists_everything(server: Webserver) -> None:
     sensors = {s["name"]: s["sensorState"]["status"] for s in repository["sensors"]}
     assert sensors == {"file_manifest_sensor": "RUNNING", "new_s3_objects_sensor": "RUNNING"}
     nodes = {"/".join(n["assetKey"]["path"]): n for n in repository["assetNodes"]}
-    assert set(nodes) == {"file_manifest", "pe_metadata", "pe_metadata_table"}
+    assert set(nodes) == {"file_manifest", "pe_metadata", "pe_metadata_table", "pe_dataset_export"}
     checks = nodes["pe_metadata_table"]["assetChecksOrError"]["checks"]
     assert {c["name"] for c in checks} == {
         "paths_are_unique", "last_sample_is_balanced", "failed_share_is_low"
