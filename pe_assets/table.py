@@ -139,11 +139,24 @@ _MAX_PARAMETERS = 30_000
 def claim_files(conn: Connection, rows: Sequence[dict]) -> list[str]:
     """Claim files for processing; returns the paths this call claimed (others had them).
 
-    One multi-row INSERT ... ON CONFLICT DO NOTHING RETURNING per chunk: the database decides
-    atomically, so two runs sampling at once never claim the same file.
+    One INSERT ... ON CONFLICT DO NOTHING RETURNING decides atomically, so two runs sampling
+    at once never claim the same file. On PostgreSQL the rows reach it through COPY into a
+    staging table; elsewhere as multi-row VALUES chunks.
     """
     if not rows:
         return []
+    if conn.dialect.name == "postgresql":
+        columns = [c.name for c in pe_manifest.columns]
+        stage = _copy_to_stage(conn, "pe_manifest_stage", "pe_manifest", columns, rows)
+        stmt = (
+            _insert_module(conn).insert(pe_manifest)
+            .from_select(columns, sa.select(*[stage.c[name] for name in columns]))
+            .on_conflict_do_nothing()
+            .returning(pe_manifest.c.path)
+        )
+        claimed = list(conn.execute(stmt).scalars())
+        conn.exec_driver_sql("TRUNCATE pe_manifest_stage")
+        return claimed
     stmt = (
         _insert_module(conn).insert(pe_manifest).on_conflict_do_nothing()
         .returning(pe_manifest.c.path)
@@ -199,7 +212,9 @@ def pending_counts(conn: Connection, shards: Sequence[str]) -> dict[str, int]:
     return {shard: count for shard, count in conn.execute(query)}
 
 
-def pending_files(conn: Connection, shards: Sequence[str]) -> list[tuple[str, str, str, int | None]]:
+def pending_files(
+    conn: Connection, shards: Sequence[str]
+) -> list[tuple[str, str, str, int | None]]:
     """(path, key, label, size) of the pending files of some shards, in path order."""
     join, condition = _pending_filter(shards)
     query = (
@@ -246,28 +261,38 @@ def write_rows(conn: Connection, rows: Sequence[dict]) -> int:
         return 0
     if conn.dialect.name != "postgresql":
         return conn.execute(_upsert_statement(conn, None), list(rows)).rowcount
-    conn.exec_driver_sql(
-        "CREATE TEMPORARY TABLE IF NOT EXISTS pe_metadata_stage "
-        "(LIKE pe_metadata INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-    )
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    for row in rows:
-        writer.writerow([_csv_value(row.get(name)) for name in METADATA_COLUMNS])
-    buffer.seek(0)
-    columns = ", ".join(f'"{name}"' for name in METADATA_COLUMNS)
-    cursor = conn.connection.dbapi_connection.cursor()
-    try:
-        cursor.copy_expert(
-            f"COPY pe_metadata_stage ({columns}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buffer
-        )
-    finally:
-        cursor.close()
-    stage = sa.table("pe_metadata_stage", *[sa.column(name) for name in METADATA_COLUMNS])
+    stage = _copy_to_stage(conn, "pe_metadata_stage", "pe_metadata", METADATA_COLUMNS, rows)
     source = sa.select(*[stage.c[name] for name in METADATA_COLUMNS])
     result = conn.execute(_upsert_statement(conn, source))
     conn.exec_driver_sql("TRUNCATE pe_metadata_stage")
     return result.rowcount
+
+
+def _copy_to_stage(
+    conn: Connection, stage: str, like: str, columns: Sequence[str], rows: Sequence[dict]
+) -> sa.TableClause:
+    """COPY rows into a temporary table shaped like `like` (PostgreSQL); returns the stage.
+
+    The stage lives as long as the connection and is emptied at commit, so a pooled
+    connection reuses it; callers truncate it after use within their transaction too.
+    """
+    conn.exec_driver_sql(
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} "
+        f"(LIKE {like} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    )
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    for row in rows:
+        writer.writerow([_csv_value(row.get(name)) for name in columns])
+    buffer.seek(0)
+    names = ", ".join(f'"{name}"' for name in columns)
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        copy = f"COPY {stage} ({names}) FROM STDIN WITH (FORMAT csv, NULL '\\N')"
+        cursor.copy_expert(copy, buffer)
+    finally:
+        cursor.close()
+    return sa.table(stage, *[sa.column(name) for name in columns])
 
 
 def count_rows(conn: Connection, where: Iterable = ()) -> int:
