@@ -68,6 +68,9 @@ MAX_REPEATED_THUNK_ADDRESSES = 15
 MAX_THUNK_ADDRESS_SPREAD = 128 * 2**20
 # Import descriptors that yield no symbols before the walk is abandoned.
 MAX_IMPORT_DESCRIPTOR_ERRORS = 5
+# Thunk entries unpacked at once at the start of a table (runs then double); most tables
+# end within this many entries.
+_THUNK_RUN = 32
 # Leading invalid names in one thunk table before it is taken as garbage.
 MAX_LEADING_INVALID_IMPORT_NAMES = 1000
 # Longest DLL, import and export names read (longer ones are cut, as pefile does).
@@ -165,12 +168,15 @@ def parse_pe(data: Buffer) -> dict[str, Any]:
     `data` may be bytes, bytearray, memoryview or mmap.mmap; it is read through a memoryview,
     so a memory-mapped file is never copied whole.
     """
+    # Strings are searched for in the object itself where it has find() (bytes, bytearray,
+    # mmap), which spares a copy per name.
+    searchable = data if isinstance(data, (bytes, bytearray, mmap.mmap)) else None
     with memoryview(data) as view:
         with view.cast("B") as mv:
-            return _parse_view(mv)
+            return _parse_view(mv, searchable)
 
 
-def _parse_view(mv: memoryview) -> dict[str, Any]:
+def _parse_view(mv: memoryview, searchable: Buffer | None) -> dict[str, Any]:
     size = len(mv)
     digest = hashlib.sha256(mv).hexdigest()
     if size > MAX_FILE_SIZE:
@@ -179,7 +185,7 @@ def _parse_view(mv: memoryview) -> dict[str, Any]:
     record = empty_record(size, digest, "ok", None)
     try:
         record["entropy"] = byte_entropy(mv)
-        _PEReader(mv, record).read()
+        _PEReader(mv, record, searchable).read()
     except _NotPE as e:
         record.update(status="not_pe", error=_short(str(e)))
     except _Malformed as e:
@@ -252,8 +258,14 @@ class _Section:
 class _PEReader:
     """Reads the few structures we need, mirroring pefile's address mapping and limits."""
 
-    def __init__(self, mv: memoryview, record: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        mv: memoryview,
+        record: dict[str, Any],
+        searchable: bytes | bytearray | mmap.mmap | None = None,
+    ) -> None:
         self.mv = mv
+        self.searchable = searchable
         self.size = len(mv)
         self.record = record
         self.sections: list[_Section] = []
@@ -476,14 +488,24 @@ class _PEReader:
         return rva - s.va_adj + s.ptr_adj
 
     def _string_at_rva(self, rva: int, max_length: int) -> bytes:
+        """pefile's get_string_at_rva: the bytes up to the first NUL, at most max_length."""
         s = self._section_by_rva(rva)
         if s is None:
-            raw = self.mv[rva : rva + max_length]
+            start, end = rva, rva + max_length
         else:
-            raw = self._section_data(s, rva, max_length)
-        text = bytes(raw)
-        end = text.find(0)
-        return text if end < 0 else text[:end]
+            start = rva - s.va_adj + s.ptr_adj
+            end = min(start + max_length, s.ptr + s.raw_size)
+        end = min(end, self.size)
+        if start >= end:
+            return b""
+        data = self.searchable
+        if data is None:
+            text = bytes(self.mv[start:end])
+            nul = text.find(0)
+            return text if nul < 0 else text[:nul]
+        nul = data.find(b"\0", start, end)
+        text = data[start : end if nul < 0 else nul]
+        return text if type(text) is bytes else bytes(text)  # bytearray: names are dict keys
 
     # -- directories -----------------------------------------------------------------------
 
@@ -551,6 +573,8 @@ class _PEReader:
             return []
 
         ordinal_flag = _ORDINAL_FLAG64 if self.pe32_plus else _ORDINAL_FLAG32
+        size = self.size
+        section_by_rva, string_at_rva = self._section_by_rva, self._string_at_rva
         symbols: list[bytes | int] = []
         invalid = 0
         for idx, value in enumerate(table):
@@ -558,10 +582,11 @@ class _PEReader:
                 if value & 0xFFFF:  # pefile drops ordinal 0 without complaint
                     symbols.append(value & 0xFFFF)
                 continue
-            # Hint/name entry: pefile gives up on the whole table if the hint is unmappable.
-            if self._data_at_rva(value, 2) is None:
+            # Hint/name entry: pefile gives up on the whole table if the hint is unmappable
+            # (outside every section and beyond the end of the file).
+            if section_by_rva(value) is None and value >= size:
                 return []
-            name = self._string_at_rva(value + 2, MAX_NAME_LENGTH)
+            name = string_at_rva(value + 2, MAX_NAME_LENGTH)
             if name.translate(None, _IMPORT_NAME_CHARS):
                 if invalid > MAX_LEADING_INVALID_IMPORT_NAMES and invalid == idx:
                     return []
@@ -572,49 +597,93 @@ class _PEReader:
         return symbols
 
     def _thunk_table(self, rva: int, max_length: int) -> list[int] | None:
-        """pefile's get_import_table: the non-zero thunk values; None if unreadable."""
+        """pefile's get_import_table: the non-zero thunk values; None if unreadable.
+
+        pefile reads one entry per call; we unpack runs of entries that map linearly (see
+        _thunk_run) and then apply its per-entry checks in the same order.
+        """
         if self.pe32_plus:
-            width, layout, ordinal_flag = 8, _U64, _ORDINAL_FLAG64
+            width, ordinal_flag = 8, _ORDINAL_FLAG64
         else:
-            width, layout, ordinal_flag = 4, _U32, _ORDINAL_FLAG32
+            width, ordinal_flag = 4, _ORDINAL_FLAG32
         table: list[int] = []
-        # Name addresses below and above 4 GiB, each with its lowest and highest value.
-        seen_low, seen_high = _AddressSet(), _AddressSet()
+        # Name addresses below and above 4 GiB: the set of each, and its lowest and highest.
+        seen_low: set[int] = set()
+        seen_high: set[int] = set()
+        low_min = low_max = high_min = high_max = 0
         repeated = 0
         start = rva
+        limit = start + max_length
+        values: tuple[int, ...] = ()
+        pos = 0
         while rva:
-            if rva >= start + max_length:
+            if rva >= limit:
                 break
             if self.thunks_read > MAX_IMPORT_THUNKS:
                 break
             self.thunks_read += 1
             if repeated >= MAX_REPEATED_THUNK_ADDRESSES:
                 return []
-            if seen_low.spread() > MAX_THUNK_ADDRESS_SPREAD:
+            if low_max - low_min > MAX_THUNK_ADDRESS_SPREAD:
                 return []
-            if seen_high.spread() > MAX_THUNK_ADDRESS_SPREAD:
+            if high_max - high_min > MAX_THUNK_ADDRESS_SPREAD:
                 return []
 
-            raw = self._data_at_rva(rva, width)
-            if raw is None or len(raw) != width:
-                return None
-            value = layout.unpack(raw)[0]
+            if pos == len(values):
+                values = self._thunk_run(rva, width, limit, len(table))
+                pos = 0
+                if not values:
+                    return None
+            value = values[pos]
+            pos += 1
             if start <= value <= rva:
                 break  # a name pointer into the table being read: garbage
-            if value:
-                if value & ordinal_flag:
-                    if value & 0x7FFFFFFF > 0xFFFF:
-                        return []
-                else:
-                    seen = seen_high if value >= 2**32 else seen_low
-                    if value in seen:
-                        repeated += 1
-                    seen.add(value)
-            else:
+            if not value:
                 break
+            if value & ordinal_flag:
+                if value & 0x7FFFFFFF > 0xFFFF:
+                    return []
+            elif value >= 2**32:
+                if value in seen_high:
+                    repeated += 1
+                elif not seen_high:
+                    high_min = high_max = value
+                seen_high.add(value)
+                high_min, high_max = min(high_min, value), max(high_max, value)
+            else:
+                if value in seen_low:
+                    repeated += 1
+                elif not seen_low:
+                    low_min = low_max = value
+                seen_low.add(value)
+                low_min, low_max = min(low_min, value), max(low_max, value)
             rva += width
             table.append(value)
         return table
+
+    def _thunk_run(self, rva: int, width: int, limit: int, done: int) -> tuple[int, ...]:
+        """Thunk values from `rva` on, as many as map linearly; () if the first is unreadable.
+
+        Within one section every entry that starts inside its RVA range maps to the same
+        section (the lookup cache returns it), so a run can be unpacked at once; outside
+        every section entries are read one at a time, like pefile. Runs grow with the
+        entries already read, so a short table costs a short read.
+        """
+        layout = "Q" if width == 8 else "I"
+        s = self._section_by_rva(rva)
+        if s is None:
+            raw = self._data_at_rva(rva, width)
+            if raw is None or len(raw) != width:
+                return ()
+            return struct.unpack(f"<{layout}", raw)
+        offset = rva - s.va_adj + s.ptr_adj
+        readable = (min(s.ptr + s.raw_size, self.size) - offset) // width
+        in_section = -(-(s.hi - rva) // width)
+        in_limit = -(-(limit - rva) // width)
+        count = min(readable, in_section, in_limit, max(_THUNK_RUN, done), MAX_IMPORT_THUNKS + 2)
+        if count <= 0:
+            return ()
+        return struct.unpack_from(f"<{count}{layout}", self.mv, offset)
 
     def _count_exports(self, rva: int, size: int) -> int:
         """pefile's parse_export_directory, counting the symbols it would list."""
@@ -680,29 +749,39 @@ class _PEReader:
         found: list[int] = []
         counts: dict[tuple[bytes, int], int] = {}
         failures = MAX_FAILED_EXPORT_ENTRIES
-        ordinals_len, functions_len, names_len = len(ordinals), len(functions), len(names)
-        offset_from_rva = self._offset_from_rva
+        functions_len = len(functions)
+        # The three arrays unpacked once, each cut where pefile's reads would fail. Ordinals
+        # are 16-bit, so no more than 0x10000 function slots can be reached.
+        ordinal_values = _unpack_array("H", ordinals, slots)
+        name_values = _unpack_array("I", names, slots)
+        function_values = _unpack_array("I", functions, 0x10000)
+        size_of_file = self.size
+        section_by_rva, string_at_rva = self._section_by_rva, self._string_at_rva
+        # pefile's get_offset_from_rva raises only outside every section and past the end.
+        def unmappable(address: int) -> bool:
+            return section_by_rva(address) is None and address >= size_of_file
+
         for i in range(slots):
-            if (i + 1) * 2 > ordinals_len:
+            if i >= len(ordinal_values):
                 return None
-            index = _U16.unpack_from(ordinals, i * 2)[0]
+            index = ordinal_values[i]
             if index * 4 >= functions_len:
                 return None
-            if (index + 1) * 4 > functions_len:
+            if index >= len(function_values):
                 continue
-            address = _U32.unpack_from(functions, index * 4)[0]
+            address = function_values[index]
             if address == 0:
                 continue
-            if rva <= address < rva + size and offset_from_rva(address) is None:
+            if rva <= address < rva + size and unmappable(address):
                 continue  # a forwarder string pefile cannot map
 
-            if (i + 1) * 4 > names_len:
+            if i >= len(name_values):
                 break  # pefile then reads a name at RVA None, finds it invalid and stops
-            name_rva = _U32.unpack_from(names, i * 4)[0]
-            name = self._string_at_rva(name_rva, MAX_NAME_LENGTH)
+            name_rva = name_values[i]
+            name = string_at_rva(name_rva, MAX_NAME_LENGTH)
             if name.translate(None, _EXPORT_NAME_CHARS):
                 break
-            if offset_from_rva(name_rva) is None:
+            if unmappable(name_rva):
                 # pefile retries the same failing lookup once, counting both failures.
                 failures -= 1
                 if failures <= 0:
@@ -713,12 +792,13 @@ class _PEReader:
                 continue
 
             key = (name, address)
-            counts[key] = counts.get(key, 0) + 1
-            if counts[key] > MAX_REPEATED_NAMED_EXPORTS or len(counts) > MAX_EXPORT_SYMBOLS:
+            seen = counts.get(key, 0) + 1
+            counts[key] = seen
+            if seen > MAX_REPEATED_NAMED_EXPORTS or len(counts) > MAX_EXPORT_SYMBOLS:
                 break
-            if offset_from_rva(ordinals_rva + 2 * i) is None:
+            if unmappable(ordinals_rva + 2 * i):
                 raise _ExportsLost
-            if offset_from_rva(functions_rva + 4 * index) is None:
+            if unmappable(functions_rva + 4 * index):
                 raise _ExportsLost
             found.append(base + index)
         return found
@@ -778,21 +858,10 @@ class _PEReader:
         return size - largest if size > largest else 0
 
 
-class _AddressSet(set):
-    """A set that tracks its lowest and highest member as values are added."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.low: int | None = None
-        self.high: int | None = None
-
-    def add(self, value: int) -> None:
-        super().add(value)
-        self.low = value if self.low is None else min(self.low, value)
-        self.high = value if self.high is None else max(self.high, value)
-
-    def spread(self) -> int:
-        return 0 if self.low is None or self.high is None else self.high - self.low
+def _unpack_array(layout: str, data: memoryview, limit: int) -> tuple[int, ...]:
+    """The first `limit` little-endian items of `data` (fewer if it ends first)."""
+    count = min(limit, len(data) // struct.calcsize(layout))
+    return struct.unpack_from(f"<{count}{layout}", data) if count > 0 else ()
 
 
 def _imphash(dlls: list[tuple[bytes, list[bytes | int]]]) -> str | None:
