@@ -90,6 +90,7 @@ def run_baseline(spark, settings: Settings, database_url: str, n: int) -> dict:
 
     with engine.connect() as conn:
         stored = conn.exec_driver_sql(f"SELECT count(*) FROM {BASELINE_TABLE}").scalar()
+        mean_size = conn.exec_driver_sql(f"SELECT avg(size) FROM {BASELINE_TABLE}").scalar()
         agree = conn.exec_driver_sql(
             f"SELECT count(*) FROM {BASELINE_TABLE} b JOIN pe_metadata p USING (path) "
             "WHERE b.sha256 IS NOT DISTINCT FROM p.sha256 "
@@ -97,4 +98,4 @@ def run_baseline(spark, settings: Settings, database_url: str, n: int) -> dict:
         ).scalar()
     engine.dispose()
     return {"files": stored, "seconds": seconds, "files_per_s": stored / seconds,
-            "agree_with_pipeline": agree}
+            "mean_size": float(mean_size or 0), "agree_with_pipeline": agree}

@@ -257,6 +257,7 @@ def _run_in(work: Path, args: argparse.Namespace) -> dict:
     engine = create_db_engine(url)
     with engine.connect() as conn:
         rows = conn.execute(sa.select(sa.func.count()).select_from(pe_metadata)).scalar()
+        mean_size = conn.execute(sa.select(sa.func.avg(pe_metadata.c.size))).scalar()
     steps = _step_seconds(instance, [run.run_id for run in instance.get_runs()])
     executors = _executor_stats(stats_dir)
     result = {
@@ -264,6 +265,7 @@ def _run_in(work: Path, args: argparse.Namespace) -> dict:
         "source": "s3" if args.source.startswith("s3://") else "local",
         "seconds": seconds,
         "rows": rows,
+        "mean_size": float(mean_size or 0),
         "files_per_s": rows / seconds,
         "spark_start_s": spark_seconds,
         "steps_s": steps,
@@ -331,6 +333,7 @@ def _report(n: int, runs: list[dict]) -> None:
           f" driver JVM {med(lambda r: r['driver_jvm_peak']) / GIB:.2f} GiB,"
           f" python worker {med(lambda r: r['executors']['worker_peak_rss']) / GIB:.2f} GiB"
           f" (max of {runs[0]['executors']['worker_pids']} workers)")
+    print(f"mean file size: {med(lambda r: r['mean_size']) / 1024:.1f} KiB")
     print(f"spark tasks: {runs[0]['executors']['partitions']}, "
           f"statuses: {runs[0]['by_status']}")
     loads = [load for run in runs for load in run.get("load_average", ())]
@@ -345,8 +348,10 @@ def _report(n: int, runs: list[dict]) -> None:
     if "baseline" in runs[0]:
         base = med(lambda r: r["baseline"]["files_per_s"])
         ratio = med(lambda r: r["baseline"]["ratio"])
+        mean = runs[0]["baseline"].get("mean_size", 0) / 1024
         print(f"baseline: {base:.1f} files/s on {runs[0]['baseline']['files']:,} of the same"
-              f" files; pipeline/baseline ratio {ratio:.1f}x")
+              f" files (mean size {mean:.1f} KiB); pipeline/baseline ratio {ratio:.1f}x"
+              f" (each run: " + ", ".join(f"{r['baseline']['ratio']:.1f}" for r in runs) + ")")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,7 +64,12 @@ class PeSparkResource(PySparkResource):
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         master = str(self.spark_config.get("spark.master", "local[*]"))
-        python = executor_python(self.spark_config, local=is_local_master(master))
+        local = is_local_master(master)
+        python = executor_python(self.spark_config, local=local)
+        if local:
+            # The JVM binds to loopback anyway (spark_resource); saying so up front spares the
+            # "hostname resolves to a loopback address" warning on every run.
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         if python:
             # PySpark takes the workers' interpreter from this variable when the session
             # starts; spark.pyspark.python on its own is read only by spark-submit.

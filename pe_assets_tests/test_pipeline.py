@@ -1,8 +1,9 @@
 """The pipeline end to end on real parts: S3 over HTTP (moto), PostgreSQL and Spark."""
 
 import hashlib
+from collections import Counter
 
-from dagster import build_sensor_context
+from dagster import AssetKey, build_sensor_context
 
 from pe_assets.cli import run_pipeline
 from pe_assets.partitions import RANGE_END_TAG, RANGE_START_TAG
@@ -180,3 +181,27 @@ def test_new_objects_sensor_processes_only_what_arrives(pipeline):
     context.update_cursor(second.cursor)
     third = new_s3_objects_sensor(context)
     assert not third.run_requests
+
+
+def test_table_metadata_counts_labels_statuses_and_architectures(pipeline):
+    fill(pipeline, 3, 3)
+    pipeline.bucket.put("1/ff-text", b"just some text, no MZ header")
+
+    run(pipeline, n=8)
+
+    event = pipeline.instance.get_latest_materialization_event(AssetKey("pe_metadata_table"))
+    metadata = event.asset_materialization.metadata
+    rows = pipeline.rows()
+
+    def table_of(counts: Counter) -> str:
+        lines = [f"| {value} | {count:,} |" for value, count in sorted(counts.items())]
+        return "\n".join(lines)
+
+    assert table_of(Counter(r["label"] for r in rows)) in metadata["by_label"].value
+    assert table_of(Counter(r["status"] for r in rows)) in metadata["by_status"].value
+    architectures = Counter(str(r["architecture"]) for r in rows)
+    assert "None" in architectures  # the text file has no architecture
+    assert table_of(architectures) in metadata["by_architecture"].value
+    assert metadata["rows_written"].value == len(rows) == 7
+    assert metadata["failed"].value == 1
+    assert metadata["files_per_second"].value > 0
