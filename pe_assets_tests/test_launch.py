@@ -57,6 +57,11 @@ def test_job_launch_with_n_yaml_stores_new_balanced_rows(pipeline, tmp_path):
         "PE_WAREHOUSE_DIR": str(tmp_path / "warehouse"),
         "PYSPARK_PYTHON": sys.executable,
     }
+    # A new SQLite instance creates its tables on first use; the daemon and `dagster job
+    # launch` starting together on an empty DAGSTER_HOME would race to create them.
+    migrate = subprocess.run([str(BIN / "dagster"), "instance", "migrate"], cwd=REPO, env=env,
+                             capture_output=True, text=True)
+    assert migrate.returncode == 0, migrate.stderr[-3000:]
     daemon = subprocess.Popen(
         [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
