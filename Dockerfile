@@ -4,12 +4,13 @@
 # bookworm, not the default slim tag: Debian 13 (trixie) no longer ships openjdk-17.
 FROM python:3.11-slim-bookworm
 
-# Spark needs a Java runtime; make runs the README's install (`make install`). The JRE's
-# post-install step writes man-page links into a folder that slim images leave out.
+# Spark needs a Java runtime; make runs the README's install (`make install`); gcc builds the
+# parser's C byte counter (setup.py; without it the install falls back to numpy, slower). The
+# JRE's post-install step writes man-page links into a folder that slim images leave out.
 RUN mkdir -p /usr/share/man/man1 \
     && apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        openjdk-17-jre-headless make \
+        openjdk-17-jre-headless make gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 
 ENV PATH=/opt/venv/bin:$PATH \

@@ -5,7 +5,9 @@ directory (resources, relocations, debug, TLS, ...) and counts every byte of the
 Python, which costs about 0.1 s per typical file and seconds on a 100 MB one. We need a dozen
 fields, so this module reads only the DOS header, COFF and optional headers, the data directory
 table, the section table, the import descriptors with their thunks and hint/name entries, and
-the export directory. Hashing and the byte histogram run in C (hashlib, numpy).
+the export directory. Hashing and the byte histogram run in C (hashlib, and our own
+_bytecount extension with numpy as its fallback): they are the only work that grows with the
+file's size, and they bound the parser's speed on real files (docs/performance.md).
 
 pefile 2024.8.26 with a full load stays the reference: the import and export walks below follow
 its rules step by step (address mapping, header window, stop conditions and limits) so that the
@@ -40,6 +42,14 @@ from typing import Any
 
 import numpy as np
 import ordlookup  # ships with pefile; the same ordinal-name table get_imphash() uses
+
+try:
+    from pe_assets._bytecount import byte_counts as _c_byte_counts
+except ImportError:  # built without a C compiler, or shipped to Spark workers in a zip
+    _c_byte_counts = None
+
+# Whether the byte histogram runs in C (pe_assets/_bytecount.c) or in numpy; same counts.
+HAVE_C_BYTE_COUNTS = _c_byte_counts is not None
 
 PARSED_FIELDS: tuple[str, ...] = (
     "size", "sha256", "status", "error", "file_type", "architecture", "machine",
@@ -176,15 +186,28 @@ def parse_pe(data: Buffer) -> dict[str, Any]:
             return _parse_view(mv, searchable)
 
 
-def _parse_view(mv: memoryview, searchable: Buffer | None) -> dict[str, Any]:
+def parse_structure(data: Buffer) -> dict[str, Any]:
+    """Like parse_pe, without the two whole-file digests: sha256 and entropy stay None.
+
+    These are the fields pefile itself reports (headers, imports, exports, overlay); the
+    parsing benchmark times this against pefile's full load, and parse_pe adds the digests.
+    """
+    searchable = data if isinstance(data, (bytes, bytearray, mmap.mmap)) else None
+    with memoryview(data) as view:
+        with view.cast("B") as mv:
+            return _parse_view(mv, searchable, digests=False)
+
+
+def _parse_view(mv: memoryview, searchable: Buffer | None, digests: bool = True) -> dict[str, Any]:
     size = len(mv)
-    digest = hashlib.sha256(mv).hexdigest()
+    digest = hashlib.sha256(mv).hexdigest() if digests else None
     if size > MAX_FILE_SIZE:
         return empty_record(size, digest, "too_large", f"{size} bytes > {MAX_FILE_SIZE}")
 
     record = empty_record(size, digest, "ok", None)
     try:
-        record["entropy"] = byte_entropy(mv)
+        if digests:
+            record["entropy"] = byte_entropy(mv)
         _PEReader(mv, record, searchable).read()
     except _NotPE as e:
         record.update(status="not_pe", error=_short(str(e)))
@@ -206,7 +229,15 @@ def byte_entropy(data: Buffer) -> float:
 
 
 def byte_histogram(data: Buffer) -> np.ndarray:
-    """How often each byte value occurs, as 256 int64 counts.
+    """How often each byte value occurs, as 256 int64 counts (in C when it is built)."""
+    with memoryview(data) as view, view.cast("B") as mv:
+        if _c_byte_counts is not None:
+            return np.frombuffer(_c_byte_counts(mv), dtype=np.uint64).astype(np.int64)
+        return numpy_byte_histogram(mv)
+
+
+def numpy_byte_histogram(data: Buffer) -> np.ndarray:
+    """byte_histogram without the C extension.
 
     np.bincount over single bytes stalls on runs of one value (PE files are full of zeros), so
     for larger inputs we count byte pairs into 65536 bins and fold them; chunks keep the int64

@@ -93,6 +93,11 @@ def executor_python(spark_config: dict, local: bool) -> str | None:
     return sys.executable if local else None
 
 
+# Bytecode, and the C extension with its source: Python cannot import an extension module
+# from a zip, so on the executors the parser counts bytes with numpy (same values).
+_NOT_SHIPPED = {".pyc", ".so", ".pyd", ".c"}
+
+
 @cache
 def _archive_dir() -> Path:
     folder = Path(tempfile.mkdtemp(prefix="pe-analyzer-code-"))
@@ -109,7 +114,8 @@ def zip_project(folder: Path | None = None) -> Path:
     package = Path(pe_assets.__file__).resolve().parent
     files = sorted(
         path for path in package.rglob("*")
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+        if path.is_file() and "__pycache__" not in path.parts
+        and path.suffix not in _NOT_SHIPPED
     )
     digest = hashlib.sha256()
     for path in files:

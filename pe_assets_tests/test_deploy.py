@@ -33,6 +33,8 @@ APT_BINARIES = {
     "make": {"make"},
     "procps": {"ps", "pgrep", "pkill"},
     "curl": {"curl"},
+    "gcc": {"gcc"},
+    "libc6-dev": set(),  # the C library headers gcc needs; no executable
 }
 # On PATH in every python:3.11-slim image, before anything is installed.
 BASE_IMAGE_BINARIES = {"python", "python3", "sh", "bash"}
@@ -278,6 +280,8 @@ def test_spark_worker_joins_the_master_the_driver_uses(compose):
 
 def test_image_installs_the_project_with_make_install(executables):
     assert executables["make"].startswith("apt "), "make must be apt-installed before use"
+    # setup.py builds the parser's C extension; without a compiler pip skips it silently.
+    assert executables.get("gcc", "").startswith("apt "), "gcc must be apt-installed"
     runs = dockerfile("RUN")
     installs = [run for run in runs if re.search(r"\bmake install\b", run)]
     assert installs == [f"make install VENV={VENV}"]

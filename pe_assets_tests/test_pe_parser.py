@@ -13,6 +13,7 @@ import mmap
 import struct
 from pathlib import Path
 
+import numpy as np
 import pefile
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -28,6 +29,7 @@ from pe_assets.pe_parser import (
     PARSED_FIELDS,
     STATUSES,
     parse_pe,
+    parse_structure,
 )
 from pe_assets_tests.pefile_reference import diff_records, reference_record
 
@@ -306,6 +308,41 @@ def test_mutated_files_agree_with_pefile_where_it_loads(data: bytes) -> None:
     else:
         assert ours["status"] in ("ok", "partial") or ours_cut_before_section_table(ours)
         assert diff_records(ours, reference) == {}
+
+
+@pytest.mark.parametrize("path", REAL_FILES, ids=lambda p: p.name)
+def test_parse_structure_is_parse_pe_without_the_digests(path: Path) -> None:
+    data = FIXTURE_BYTES[path.name]
+    full, structure = parse_pe(data), parse_structure(data)
+
+    assert structure["sha256"] is None and structure["entropy"] is None
+    assert structure == {**full, "sha256": None, "entropy": None}
+
+
+def test_byte_histogram_is_built_in_c() -> None:
+    # setup.py marks the extension optional so an install without a compiler still works;
+    # the project's own install (make install) has one, and must not fall back silently.
+    assert pe_parser.HAVE_C_BYTE_COUNTS
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=4096), st.integers(min_value=0, max_value=7))
+def test_byte_histogram_in_c_equals_numpy(data: bytes, skip: int) -> None:
+    view = memoryview(data)[skip:]  # odd lengths and unaligned starts
+    counts = pe_parser.byte_histogram(view)
+
+    assert counts.dtype == np.int64
+    assert counts.tolist() == pe_parser.numpy_byte_histogram(view).tolist()
+    assert counts.tolist() == [bytes(view).count(b) for b in range(256)]
+
+
+def test_byte_histogram_of_large_real_files_in_c_equals_numpy() -> None:
+    # Above _PAIR_HISTOGRAM_MIN_SIZE the numpy path counts byte pairs: compare that path too.
+    data = b"".join(FIXTURE_BYTES[p.name] for p in REAL_FILES) * 4
+    assert len(data) > pe_parser._PAIR_HISTOGRAM_MIN_SIZE
+
+    for chunk in (data, data[:-1]):
+        assert (pe_parser.byte_histogram(chunk) == pe_parser.numpy_byte_histogram(chunk)).all()
 
 
 # -- (5) a 100 MB file with an overlay -------------------------------------------------------
