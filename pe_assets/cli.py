@@ -8,6 +8,7 @@ import argparse
 import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -33,6 +34,50 @@ def _instance():
 
 # Dagster's own event log goes to the instance; the console shows our phase lines only.
 _QUIET_LOGGERS = {"console": {"config": {"log_level": "WARNING"}}}
+
+# How often a long processing run says how far its Spark tasks have got.
+PROGRESS_INTERVAL_SECONDS = 15.0
+
+
+class SparkProgress:
+    """Logs, every `interval` seconds, how many tasks of this process's running Spark stages
+    are done: a million-file run is minutes of Spark work with nothing else to show.
+
+    Spark's own console progress bar is off (it garbles logs); this reads the same counts
+    from the status tracker of the SparkContext the job's resource started in this process.
+    """
+
+    def __init__(self, interval: float = PROGRESS_INTERVAL_SECONDS) -> None:
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._report, name="spark-progress", daemon=True)
+
+    def __enter__(self) -> "SparkProgress":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _report(self) -> None:
+        from pyspark import SparkContext
+
+        last = None
+        while not self._stop.wait(self.interval):
+            context = SparkContext._active_spark_context  # never create one from here
+            if context is None:
+                continue
+            tracker = context.statusTracker()
+            done = total = 0
+            for stage_id in tracker.getActiveStageIds():
+                stage = tracker.getStageInfo(stage_id)
+                if stage is not None:
+                    done += stage.numCompletedTasks
+                    total += stage.numTasks
+            if total and (done, total) != last:
+                logger.info("Spark: %d of %d tasks done", done, total)
+                last = (done, total)
 
 
 def run_pipeline(defs, instance, *, n: int | None = None, paths_file: str | None = None):
@@ -74,10 +119,11 @@ def run_pipeline(defs, instance, *, n: int | None = None, paths_file: str | None
     tags = partition_range_tags(keys, shards)
     if tags:
         logger.info("processing %d shards with Spark (%s)", len(shards), settings.spark_master)
-        process = defs.resolve_job_def("process_job").execute_in_process(
-            run_config={"loggers": _QUIET_LOGGERS}, instance=instance, tags=tags,
-            raise_on_error=False,
-        )
+        with SparkProgress():
+            process = defs.resolve_job_def("process_job").execute_in_process(
+                run_config={"loggers": _QUIET_LOGGERS}, instance=instance, tags=tags,
+                raise_on_error=False,
+            )
         if not process.success:
             return summary, _failure_line(process, "process_job")
         summary.add_results(settings, process.run_id)

@@ -205,3 +205,23 @@ def test_table_metadata_counts_labels_statuses_and_architectures(pipeline):
     assert metadata["rows_written"].value == len(rows) == 7
     assert metadata["failed"].value == 1
     assert metadata["files_per_second"].value > 0
+
+
+def _slow_partition(rows):
+    import time
+
+    time.sleep(0.5)
+    yield sum(1 for _ in rows)
+
+
+def test_cli_progress_reports_spark_tasks(spark, caplog):
+    from pe_assets.cli import SparkProgress
+
+    caplog.set_level("INFO", logger="pe_assets")
+    with SparkProgress(interval=0.2):
+        counts = spark.sparkContext.parallelize(range(8), 8).mapPartitions(_slow_partition)
+        assert counts.sum() == 8
+
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Spark:")]
+    assert lines, "no progress line while an 8-task job ran for about 2 s"
+    assert all(line.endswith("of 8 tasks done") for line in lines)
