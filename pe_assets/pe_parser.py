@@ -178,12 +178,7 @@ def parse_pe(data: Buffer) -> dict[str, Any]:
     `data` may be bytes, bytearray, memoryview or mmap.mmap; it is read through a memoryview,
     so a memory-mapped file is never copied whole.
     """
-    # Strings are searched for in the object itself where it has find() (bytes, bytearray,
-    # mmap), which spares a copy per name.
-    searchable = data if isinstance(data, (bytes, bytearray, mmap.mmap)) else None
-    with memoryview(data) as view:
-        with view.cast("B") as mv:
-            return _parse_view(mv, searchable)
+    return _parse(data, digests=True)
 
 
 def parse_structure(data: Buffer) -> dict[str, Any]:
@@ -192,13 +187,19 @@ def parse_structure(data: Buffer) -> dict[str, Any]:
     These are the fields pefile itself reports (headers, imports, exports, overlay); the
     parsing benchmark times this against pefile's full load, and parse_pe adds the digests.
     """
+    return _parse(data, digests=False)
+
+
+def _parse(data: Buffer, digests: bool) -> dict[str, Any]:
+    # Strings are searched for in the object itself where it has find() (bytes, bytearray,
+    # mmap), which spares a copy per name.
     searchable = data if isinstance(data, (bytes, bytearray, mmap.mmap)) else None
     with memoryview(data) as view:
         with view.cast("B") as mv:
-            return _parse_view(mv, searchable, digests=False)
+            return _parse_view(mv, searchable, digests)
 
 
-def _parse_view(mv: memoryview, searchable: Buffer | None, digests: bool = True) -> dict[str, Any]:
+def _parse_view(mv: memoryview, searchable: Buffer | None, digests: bool) -> dict[str, Any]:
     size = len(mv)
     digest = hashlib.sha256(mv).hexdigest() if digests else None
     if size > MAX_FILE_SIZE:
@@ -638,10 +639,10 @@ class _PEReader:
         else:
             width, ordinal_flag = 4, _ORDINAL_FLAG32
         table: list[int] = []
-        # Name addresses below and above 4 GiB: the set of each, and its lowest and highest.
-        seen_low: set[int] = set()
-        seen_high: set[int] = set()
-        low_min = low_max = high_min = high_max = 0
+        # Name addresses below ([0]) and above ([1]) 4 GiB: the set of each, and its lowest
+        # and highest member (pefile bounds the spread of each half separately).
+        seen: tuple[set[int], set[int]] = (set(), set())
+        lowest, highest = [0, 0], [0, 0]
         repeated = 0
         start = rva
         limit = start + max_length
@@ -655,9 +656,9 @@ class _PEReader:
             self.thunks_read += 1
             if repeated >= MAX_REPEATED_THUNK_ADDRESSES:
                 return []
-            if low_max - low_min > MAX_THUNK_ADDRESS_SPREAD:
+            if highest[0] - lowest[0] > MAX_THUNK_ADDRESS_SPREAD:
                 return []
-            if high_max - high_min > MAX_THUNK_ADDRESS_SPREAD:
+            if highest[1] - lowest[1] > MAX_THUNK_ADDRESS_SPREAD:
                 return []
 
             if pos == len(values):
@@ -674,20 +675,18 @@ class _PEReader:
             if value & ordinal_flag:
                 if value & 0x7FFFFFFF > 0xFFFF:
                     return []
-            elif value >= 2**32:
-                if value in seen_high:
-                    repeated += 1
-                elif not seen_high:
-                    high_min = high_max = value
-                seen_high.add(value)
-                high_min, high_max = min(high_min, value), max(high_max, value)
             else:
-                if value in seen_low:
+                half = 1 if value >= 2**32 else 0
+                addresses = seen[half]
+                if value in addresses:
                     repeated += 1
-                elif not seen_low:
-                    low_min = low_max = value
-                seen_low.add(value)
-                low_min, low_max = min(low_min, value), max(low_max, value)
+                elif not addresses:
+                    lowest[half] = highest[half] = value
+                elif value < lowest[half]:
+                    lowest[half] = value
+                elif value > highest[half]:
+                    highest[half] = value
+                addresses.add(value)
             rva += width
             table.append(value)
         return table

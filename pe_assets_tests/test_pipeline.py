@@ -1,6 +1,7 @@
 """The pipeline end to end on real parts: S3 over HTTP (moto), PostgreSQL and Spark."""
 
 import hashlib
+import time
 from collections import Counter
 
 from dagster import AssetKey, build_sensor_context
@@ -208,8 +209,6 @@ def test_table_metadata_counts_labels_statuses_and_architectures(pipeline):
 
 
 def _slow_partition(rows):
-    import time
-
     time.sleep(0.5)
     yield sum(1 for _ in rows)
 
